@@ -1,0 +1,1 @@
+"""vitlab training: ``python training/run.py`` and the engine, schedule and reports behind it."""
