@@ -286,7 +286,9 @@ def build_demo(
         scores = gr.Markdown(label="scores", elem_id=f"{prefix}-scores")
         return [label, view, cam, rollout, grad_rollout, maps, scores]
 
-    with gr.Blocks(title="vitlab: explain vision transformers") as demo:
+    # Uploads land in Gradio's temp dir; delete_cache purges them (every 10 min, older than
+    # 10 min, and at shutdown) so user images are not kept.
+    with gr.Blocks(title="vitlab: explain vision transformers", delete_cache=(600, 600)) as demo:
         gr.Markdown(
             "# vitlab\nCIFAR-10 vision transformers and Ultimus: predictions, CAMs, attention rollouts, "
             "and how faithful each explanation is (deletion / insertion against a random map)."
