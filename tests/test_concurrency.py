@@ -8,17 +8,16 @@ proves it end to end through gradio_client, and counts hooks after errors.
 from __future__ import annotations
 
 import gc
-import itertools
 import time
 
 import numpy as np
 import pytest
 import torch
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from test_app import free_port, make_checkpoints, make_test_set, png
+from test_app import png, server  # noqa: F401  (server: the app on a free port, shared fixture)
 
 METHODS = ["gradcam", "gradcam_pp", "xgradcam", "hirescam", "layercam", "eigencam", "attention_rollout", "gradient_rollout"]
 TARGETS = ["predicted", "cat", "dog", "ship"]
@@ -34,29 +33,13 @@ def hook_count() -> int:
     return total
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    import app
-
-    tmp = tmp_path_factory.mktemp("concurrency")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("VITLAB_CACHE", str(tmp / "cache"))
-        patch.delenv("VITLAB_MODELS", raising=False)
-        demo = app.build_demo(checkpoints_dir=make_checkpoints(tmp / "checkpoints"), data_root=make_test_set(tmp / "data"))
-        _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
-        try:
-            yield Client(url, verbose=False), tmp
-        finally:
-            demo.close()
-
-
 def call(client, image, method, target):
     overlay, scores = client.predict(handle_file(image), "vit_nano_convstem", method, target, api_name="/explain")
     return np.asarray(Image.open(overlay)), scores
 
 
 def test_concurrent_explains_equal_the_same_calls_made_alone(server):
-    client, tmp = server
+    _, client, tmp = server
     images = [png(tmp / f"img{i}.png", size=(40 + 7 * i, 36), seed=i) for i in range(4)]
     requests = [(images[i % 4], METHODS[i % len(METHODS)], TARGETS[(i // 2) % len(TARGETS)]) for i in range(N_CALLS)]
     alone = [call(client, *r) for r in requests]
@@ -74,7 +57,7 @@ def test_concurrent_explains_equal_the_same_calls_made_alone(server):
 
 
 def test_no_hooks_remain_after_errors_and_the_server_keeps_serving(server, tmp_path):
-    client, tmp = server
+    _, client, tmp = server
     baseline = hook_count()
     good = png(tmp_path / "good.png")
     bad = tmp_path / "bad.jpg"
