@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     train = load_cifar10(cfg.data, split="train", download=cfg.download)
     test = load_cifar10(cfg.data, split="test", download=cfg.download)
-    data_source = train.source if hasattr(train, "source") else (cfg.data or os.environ.get("VITLAB_DATA", "default location"))
+    data_source = cfg.data or os.environ.get("VITLAB_DATA", "default location")
     train, test = subset(train, cfg.train_subset, cfg.seed), subset(test, cfg.test_subset, cfg.seed)
     if image_size != train.images.shape[-1]:
         raise SystemExit(f"error: {cfg.model} expects {image_size} px inputs; CIFAR-10 is 32 px (set image_size=32 in --model-args)")
